@@ -28,10 +28,12 @@ from fractions import Fraction
 #: ``\$`` and ``\(``.
 _PREFIX = r"(?:\s|[:=*$]|\\\$|\\\(|\\\[)*"
 #: A number: optional sign and ``$`` (``-$5``), thousands separators or plain digits, optional
-#: decimals, optional ``/denominator``.
+#: decimals, optional ``/denominator``. It must not run on into more digits, ``,d``/``.d``, a
+#: letter or ``^``/``_``: "4x^4", "45x" or "3rd" hold no answer (never "4" or "3"), while
+#: "20 km", "50%" and "$5." do.
 _NUMBER = (
     r"[-−]?\s?(?:\\?\$)?\s?(?:\d{1,3}(?:(?:,|\{,\})\d{3})+(?!\d)|\d+)(?:\.\d+)?"
-    r"(?:\s?/\s?\d+)?(?![\d,]\d)|[-−]?\.\d+"
+    r"(?:\s?/\s?\d+)?(?![\dA-Za-z^_]|[.,]\d)|[-−]?\.\d+(?![\dA-Za-z^_])"
 )
 _NUMBER_RE = re.compile(_NUMBER)
 _HASH_RE = re.compile(r"####" + _PREFIX + r"(" + _NUMBER + r")")

@@ -115,6 +115,21 @@ def test_gsm8k_wrong_or_unparseable(gsm8k: GSM8K, completion: str) -> None:
     assert gsm8k.score(gsm8k.load("test")[0], completion) == 0.0
 
 
+@pytest.mark.parametrize("completion, expected", [
+    # SmolLM2-135M on GSM8K test #92 wrote this; its leading "4" is not an answer
+    ("So, the final answer is 4x^4 + 8x^2 + 25.", None),
+    ("The answer is 45x.", None),  # never the "4" of "45x"
+    ("#### 3.5x", None),  # nor the "3" of "3.5x"
+    ("The answer is the 3rd one.", None),
+    ("The answer is 20 km.", "20"),
+    ("The answer is 50%.", "50"),
+    ("#### 3/4 cups", "0.75"),
+])
+def test_gsm8k_numbers_run_into_letters_are_not_answers(gsm8k: GSM8K, completion: str,
+                                                         expected: str | None) -> None:
+    assert gsm8k.extract_answer(completion) == expected
+
+
 def test_gsm8k_decimals_compare_exactly(gsm8k: GSM8K) -> None:
     p = Problem(id="x", question="q", reference="r", answer="2.5")
     assert gsm8k.score(p, "#### 2.50") == 1.0 and gsm8k.score(p, "#### 5/2") == 1.0
