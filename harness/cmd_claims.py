@@ -47,7 +47,7 @@ from harness.claims import (
     span_counts,
     times,
 )
-from harness.cmd_leaderboard import build_from_args
+from harness.cmd_leaderboard import add_board_options, build_from_args
 from harness.cmd_publish import CLAIMS, repo_leaderboards
 from harness.leaderboard import Board
 from harness.records import atomic_write_text
@@ -308,20 +308,11 @@ def _eval_set(board: Board) -> str:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("claims", help="reproduction table: the papers' claims vs the runs")
-    p.add_argument("--runs", default="runs", help="directory of run records (default: runs)")
-    p.add_argument("--task", default=None, help="only boards of this task")
+    add_board_options(p)
     p.add_argument("--board", default=None, metavar="SLUG",
                    help="the board to use (default: the one with most of the claims' methods)")
     p.add_argument("--out", default=None,
                    help=f"output file (default: the repo's leaderboards/{CLAIMS})")
-    p.add_argument("--min-seeds", type=int, default=2,
-                   help="seeds a method (and uniform) need to be compared (default: 2)")
-    p.add_argument("--bootstrap", type=int, default=10_000,
-                   help="paired-bootstrap resamples B (default: 10000)")
-    p.add_argument("--bootstrap-seed", type=int, default=0,
-                   help="seed of the bootstrap generator (default: 0)")
-    p.add_argument("--group-by", default=None, metavar="FIELD,FIELD",
-                   help="config fields that define a board (as for `harness leaderboard`)")
     p.set_defaults(func=run)
 
 

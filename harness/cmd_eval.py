@@ -86,13 +86,15 @@ def run(args: argparse.Namespace) -> int:
         from harness.models import load_model
         from harness.registries import get_task
 
-        task = get_task(args.task, **_task_params(args.task_param))
+        params = _task_params(args.task_param)
+        task = get_task(args.task, **params)
         loaded = load_model(args.model)
         result = evaluate.evaluate_model(
             loaded, task, limit=args.limit, chat=CHAT_CHOICES[args.chat],
             max_new_tokens=args.max_new_tokens, num_fewshot=args.num_fewshot,
             batch_size=args.batch_size, model_name=args.model, verbose=args.verbose,
         )
+        result.settings["task_params"] = params  # boards match a baseline on task + params
         out = args.out
     print(evaluate.table(result))
     where = ""

@@ -1,5 +1,6 @@
-"""``harness leaderboard --runs runs/ [--task T] [--out leaderboards/] [--min-seeds 2]``:
-build every board the run records support and write ``<out>/<slug>.md`` plus its PNGs.
+"""``harness leaderboard --runs runs/ [--task T] [--out leaderboards/] [--min-seeds 2]
+[--baseline FILE ...]``: build every board the run records support and write
+``<out>/<slug>.md`` plus its PNGs.
 
 Runs left out (still running, corrupt, mixed settings, ...) are listed by name on the boards
 and on stderr. Exit codes: 0 boards written; 1 no board could be built; 2 a user error
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from harness.config import RunConfig
 from harness.errors import HarnessError
-from harness.leaderboard import Board, build_all
+from harness.leaderboard import Board, attach_baselines, build_all
 from harness.leaderboard_md import render_markdown
-from harness.leaderboard_runs import LeftOut
+from harness.leaderboard_runs import LeftOut, load_baseline
 from harness.plots import plot_board
 from harness.records import atomic_write_text
 
@@ -31,10 +32,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_build_options(p: argparse.ArgumentParser, out_default: str | None) -> None:
     """Options shared with ``harness publish``."""
-    p.add_argument("--runs", default="runs", help="directory of run records (default: runs)")
-    p.add_argument("--task", default=None, help="only boards of this task")
+    add_board_options(p)
     p.add_argument("--out", default=out_default,
                    help=f"output directory (default: {out_default or 'the repo leaderboards/'})")
+    p.add_argument("--baseline", action="append", default=[], type=Path, metavar="FILE",
+                   help="a pre-training result (harness eval --model M --task T --out FILE) "
+                        "shown as a starting point on the boards of its task; repeatable")
+    p.add_argument("--no-plots", action="store_true", help="markdown only, no PNGs")
+
+
+def add_board_options(p: argparse.ArgumentParser) -> None:
+    """How boards are built from runs/ (shared with ``harness claims``)."""
+    p.add_argument("--runs", default="runs", help="directory of run records (default: runs)")
+    p.add_argument("--task", default=None, help="only boards of this task")
     p.add_argument("--min-seeds", type=int, default=2,
                    help="seeds a method (and uniform) need to be compared (default: 2)")
     p.add_argument("--bootstrap", type=int, default=10_000,
@@ -44,7 +54,6 @@ def add_build_options(p: argparse.ArgumentParser, out_default: str | None) -> No
     p.add_argument("--group-by", default=None, metavar="FIELD,FIELD",
                    help="config fields that define a board (default: every field except "
                         "method, seed, method_params); runs differing on others are left out")
-    p.add_argument("--no-plots", action="store_true", help="markdown only, no PNGs")
 
 
 def build_from_args(args: argparse.Namespace) -> tuple[list[Board], list[LeftOut]]:
@@ -52,10 +61,15 @@ def build_from_args(args: argparse.Namespace) -> tuple[list[Board], list[LeftOut
         raise HarnessError(f"--min-seeds {args.min_seeds}: must be ≥ 1")
     if args.bootstrap < 1:
         raise HarnessError(f"--bootstrap {args.bootstrap}: must be ≥ 1")
-    return build_all(
+    baselines = [load_baseline(path) for path in getattr(args, "baseline", ())]
+    boards, left_out = build_all(
         Path(args.runs), task=args.task, min_seeds=args.min_seeds, n_boot=args.bootstrap,
         boot_seed=args.bootstrap_seed, group_by=_group_by(args.group_by),
     )
+    boards, unused = attach_baselines(boards, baselines)
+    for rec, why in unused:
+        print(f"baseline {rec.path} is on no board: {why}", file=sys.stderr)
+    return boards, left_out
 
 
 def _group_by(text: str | None) -> list[str] | None:

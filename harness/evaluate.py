@@ -251,7 +251,8 @@ def final_eval_hook(st: Any) -> float:
         )
     finally:
         st.policy.model.train(was_training)
-    result.settings.update(split="test", limit=len(st.eval_set), step=st.step)
+    result.settings.update(split="test", limit=len(st.eval_set), step=st.step,
+                           task_params=dict(st.cfg.task_params))
     write_result(result, Path(st.run_dir) / "final.json")
     return result.accuracy
 
@@ -294,7 +295,7 @@ def evaluate_run(
         max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None, verbose=verbose,
         model_name=f"{cfg.get('model', '?')}@{run_dir.name}",
     )
-    result.settings["checkpoint"] = str(ckpt)
+    result.settings.update(checkpoint=str(ckpt), task_params=cfg.get("task_params") or {})
     return result
 
 

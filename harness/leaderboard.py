@@ -19,6 +19,12 @@ Row columns (accuracies are fractions here, % and pp in the markdown):
 - compute-matched accuracy: the seed-mean in-loop accuracy at the last eval step whose
   seed-mean cumulative FLOPs ≤ uniform's (seed-mean cumulative FLOPs at its last eval);
 - overheads: mean per-step training FLOPs / wall seconds over uniform's, minus 1, in %.
+
+The starting point: ``Board.start`` is the step-0 in-loop accuracy (before any update; the same
+weights and greedy decoding for every run, so normally one value) when every run evaluated at
+step 0 on the board's eval set, and each row's gain is its accuracy minus that. Baselines from
+``harness eval --model M --task T --out FILE`` (:func:`attach_baselines`) are shown on the
+boards of their task and task params, scored on the board's problems they cover.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.leaderboard_runs import LeftOut, RunRecord, flatten, scan_runs
+from harness.leaderboard_runs import BaselineRecord, LeftOut, RunRecord, flatten, scan_runs
 from harness.stats import (
     CurvePoint,
     MeanCI,
@@ -74,6 +80,16 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """A pre-training baseline as one board shows it: scored on the board's problems it has."""
+
+    record: BaselineRecord
+    accuracy: float
+    n: int  # board eval problems the baseline file covers
+    n_board: int  # problems in the board's eval set
+
+
+@dataclass(frozen=True)
 class Board:
     """One leaderboard: the runs of one group, their rows, and what was left out."""
 
@@ -90,6 +106,13 @@ class Board:
     min_seeds: int
     n_boot: int
     boot_seed: int
+    start: MeanCI | None = None  # step-0 in-loop accuracy over the runs, if all have it
+    baselines: tuple[Baseline, ...] = ()
+
+    @property
+    def eval_ids(self) -> tuple[str, ...]:
+        """The problem ids of the accuracy column (the same for every run of the board)."""
+        return _vector(self.runs[0], self.source)[0]
 
     @property
     def title(self) -> str:
@@ -274,8 +297,48 @@ def _board(runs: list[RunRecord], left_out: tuple[LeftOut, ...], min_seeds: int,
         runs=tuple(sorted(runs, key=lambda r: r.run_id)), left_out=left_out, source=source,
         baseline=ref.label if ref else None, target=ref.target if ref else None,
         flops_limit=ref.flops_limit if ref else None, min_seeds=min_seeds, n_boot=n_boot,
-        boot_seed=boot_seed,
+        boot_seed=boot_seed, start=_start(runs, source),
     )
+
+
+def _start(runs: Sequence[RunRecord], source: str) -> MeanCI | None:
+    """Step-0 in-loop accuracy over the runs, when every run evaluated at step 0 on the
+    problems of the accuracy column (so "gain" compares like with like)."""
+    firsts = [r.evals[0] for r in runs]
+    if any(e.step != 0 or set(e.ids) != set(_vector(r, source)[0])
+           for e, r in zip(firsts, runs, strict=True)):
+        return None
+    return t_interval([e.accuracy for e in firsts])
+
+
+def attach_baselines(boards: Sequence[Board], baselines: Sequence[BaselineRecord]) -> tuple[
+        list[Board], list[tuple[BaselineRecord, str]]]:
+    """Show each baseline on every board of its task (same task params) whose eval problems
+    it covers at least in part; also return the baselines no board could show, and why."""
+    shown: dict[int, list[Baseline]] = {id(b): [] for b in boards}
+    unused = []
+    for rec in baselines:
+        reasons = []
+        for board in boards:
+            if board.group.get("task") != rec.task:
+                reasons.append(f"task {rec.task} ≠ {board.group.get('task')}")
+                continue
+            if dict(board.group.get("task_params") or {}) != dict(rec.task_params):
+                reasons.append(f"task params {dict(rec.task_params)} ≠ "
+                               f"{dict(board.group.get('task_params') or {})}")
+                continue
+            ids = board.eval_ids
+            by_id = dict(zip(rec.ids, rec.correct, strict=True))
+            common = [by_id[i] for i in ids if i in by_id]
+            if not common:
+                reasons.append(f"none of the {len(ids)} eval problems of board {board.slug}")
+                continue
+            shown[id(board)].append(Baseline(rec, sum(common) / len(common), len(common),
+                                             len(ids)))
+        if not any(b.record is rec for v in shown.values() for b in v):
+            unused.append((rec, "; ".join(sorted(set(reasons))) or "no board"))
+    out = [dataclasses.replace(b, baselines=tuple(shown[id(b)])) for b in boards]
+    return out, unused
 
 
 def _row(label: str, runs: list[RunRecord], ref: _Reference | None, source: str,

@@ -5,6 +5,7 @@ shared settings and the runs left out. Deterministic: the same records give the 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from tabulate import tabulate
 
@@ -18,7 +19,8 @@ MARK = "†"
 DASH = "—"
 
 COLUMNS = (
-    "method", "n seeds", "accuracy % (95% CI)", "Δ vs uniform, pp [95% CI]", "p (test, pairs)",
+    "method", "n seeds", "accuracy % (95% CI)", "gain vs start, pp", "Δ vs uniform, pp [95% CI]",
+    "p (test, pairs)",
     "convergence step", "convergence FLOPs", "compute-matched acc. % (step)",
     "FLOPs overhead %", "wall overhead %",
 )
@@ -67,6 +69,7 @@ def _header(board: Board) -> list[str]:
         "*Settings*); rows are methods.",
         f"- **Seeds:** {', '.join(map(str, seeds))}",
         f"- **Eval set:** {_eval_desc(board)}",
+        f"- **Starting point:** {_start_desc(board)}",
         f"- **Harness:** {_provenance(board)}",
         "- **Statistics:** accuracy is the mean over seeds ± the 95% t-interval half-width "
         "(no interval for n = 1). Δ = method − uniform in percentage points over (problem, "
@@ -96,6 +99,27 @@ def _eval_desc(board: Board) -> str:
            f"results ({', '.join(missing)})")
     return (f"in-loop eval, {_loop_desc(board)}, the same ids for every run. Accuracy "
             f"column: the last in-loop eval, because {why}.")
+
+
+def _start_desc(board: Board) -> str:
+    if board.start is None:
+        start = (f"{DASH} (not every run has a step-0 in-loop eval of the board's problems; "
+                 "gain column —)")
+    else:
+        s = board.start
+        value = (f"{_pct(s.mean)}%" if s.half_width is None or s.half_width == 0
+                 else f"{_pct(s.mean)} ± {_pct(s.half_width)}%")
+        start = (f"{value}, the step-0 in-loop eval (before any update; greedy) of the "
+                 f"{s.n} runs; gain = accuracy − this, in pp")
+    parts = [start]
+    for b in board.baselines:
+        rec = b.record
+        cover = "" if b.n == b.n_board else f" (the {b.n} of the board's {b.n_board} it has)"
+        secs = rec.settings.get("seconds")
+        took = f", {secs:.0f} s" if isinstance(secs, (int, float)) else ""
+        parts.append(f"`{rec.model}` before training: {_pct(b.accuracy)}% on the board's "
+                     f"problems{cover}, lm-eval (`{Path(rec.path).name}`{took})")
+    return "; ".join(parts) + "."
 
 
 def _loop_desc(board: Board) -> str:
@@ -130,11 +154,11 @@ def _curve_desc(board: Board) -> str:
 
 
 def _table(board: Board) -> str:
-    return tabulate([_cells(r) for r in board.rows], headers=COLUMNS, tablefmt="pipe",
+    return tabulate([_cells(r, board) for r in board.rows], headers=COLUMNS, tablefmt="pipe",
                     disable_numparse=True)
 
 
-def _cells(row: Row) -> list[str]:
+def _cells(row: Row, board: Board) -> list[str]:
     name = f"{row.label} {MARK}" if row.marked else row.label
     acc = row.accuracy
     acc_cell = (f"{_pct(acc.mean)} ± {_pct(acc.half_width)}" if acc.half_width is not None
@@ -144,7 +168,9 @@ def _cells(row: Row) -> list[str]:
     cm = row.compute_matched
     no_ref = row.paired_note == "no uniform"
     return [
-        name, str(len(row.seeds)), acc_cell, delta, p,
+        name, str(len(row.seeds)), acc_cell,
+        DASH if board.start is None else f"{100 * (acc.mean - board.start.mean):+.1f}",
+        delta, p,
         DASH if conv is None else str(conv.step),
         DASH if conv is None else _flops(conv.flops),
         DASH if cm is None else f"{_pct(cm.accuracy.mean)} (step {cm.step})",

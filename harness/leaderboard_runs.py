@@ -56,6 +56,20 @@ class FinalEval:
 
 
 @dataclass(frozen=True)
+class BaselineRecord:
+    """A model scored before any training: a ``harness eval --model M --task T --out FILE``
+    result, shown on the boards of its task as the starting point."""
+
+    path: str
+    model: str
+    task: str
+    task_params: Mapping[str, Any]
+    ids: tuple[str, ...]
+    correct: tuple[int, ...]
+    settings: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """A finished run, as the leaderboard needs it."""
 
@@ -238,6 +252,29 @@ def _final(obj: Mapping[str, Any]) -> FinalEval:
         n=int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None,
         ids=ids, correct=correct,
     )
+
+
+def load_baseline(path: Path) -> BaselineRecord:
+    """Read a baseline file (final.json format with per-problem results); one HarnessError
+    naming the file and the field when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"--baseline {path}: no such file")
+    try:
+        obj = _mapping(read_json(path), path.name)
+        final = _final(obj)
+        if final.task is None or final.ids is None or final.correct is None:
+            raise _Bad("needs 'task', 'ids' and 'correct' (write it with harness eval --model "
+                       "M --task T --out FILE)")
+        settings = obj.get("settings") or {}
+        params = _mapping(settings, "'settings'").get("task_params") or {}
+        return BaselineRecord(
+            path=str(path), model=str(obj.get("model") or "?"), task=final.task,
+            task_params=_mapping(params, "'settings.task_params'"), ids=final.ids,
+            correct=final.correct, settings=settings,
+        )
+    except (_Bad, ValueError) as err:
+        raise HarnessError(f"--baseline {path}: {err}") from None
 
 
 def _mapping(obj: Any, where: str) -> Mapping[str, Any]:

@@ -81,14 +81,16 @@ def test_markdown_cells_and_sections(board: Board) -> None:
     md = render_markdown(board)
     table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
              for line in md.splitlines() if line.startswith("| ") and "accuracy %" not in line}
-    assert table["counterfactual"][:2] == ["3", "75.0 ± 20.7"]
-    assert table["counterfactual"][2].startswith("+25.0 [")
-    assert "(bootstrap, 36)" in table["counterfactual"][3]
-    assert table["counterfactual"][4:] == ["2", "300", "50.0 (step 2)", "+50.0", "+20.0"]
-    assert table["random"][2:4] == ["+0.0 [+0.0, +0.0]", "1.000 (bootstrap, 36)"]
-    assert table["uniform"][2] == "reference"
-    assert table["entropy †"][1:4] == ["33.3 (no CI)", "n<2", "n<2"]
-    assert table["entropy †"][4] == "—"
+    # final.json covers other ids (f*) than the step-0 in-loop eval (p*): no start, no gain
+    assert table["counterfactual"][:3] == ["3", "75.0 ± 20.7", "—"]
+    assert table["counterfactual"][3].startswith("+25.0 [")
+    assert "(bootstrap, 36)" in table["counterfactual"][4]
+    assert table["counterfactual"][5:] == ["2", "300", "50.0 (step 2)", "+50.0", "+20.0"]
+    assert table["random"][3:5] == ["+0.0 [+0.0, +0.0]", "1.000 (bootstrap, 36)"]
+    assert table["uniform"][3] == "reference"
+    assert table["entropy †"][1:5] == ["33.3 (no CI)", "—", "n<2", "n<2"]
+    assert table["entropy †"][5] == "—"
+    assert board.start is None and "**Starting point:** —" in md
     for text in ("# arith · micro-arith · steps=4", "**Seeds:** 0, 1, 2", "B = 10000",
                  f"{N_FINAL} problems (lm-eval task `arith`", "version 0.1.0",
                  "`0123456789ab`", "† fewer than 2 seeds", "## Left out",
@@ -108,7 +110,13 @@ def test_in_loop_source_without_final_json(tmp_path: Path) -> None:
     cf = _rows(board)["counterfactual"]
     assert cf.accuracy.mean == pytest.approx(0.7)
     assert cf.paired.delta == pytest.approx(0.2)  # 2 more of 10 in every seed
-    assert "Accuracy column: the last in-loop eval" in render_markdown(board)
+    md = render_markdown(board)
+    assert "Accuracy column: the last in-loop eval" in md
+    # every run evaluated at step 0 on the same 10 problems: 2/10 each
+    assert board.start.mean == pytest.approx(0.2) and board.start.n == 10
+    assert "**Starting point:** 20.0%, the step-0 in-loop eval" in md
+    row = next(line for line in md.splitlines() if line.startswith("| counterfactual"))
+    assert [c.strip() for c in row.split("|")[3:5]] == ["70.0 ± 24.8", "+50.0"]
 
 
 def test_no_uniform_gives_dashes_and_note(tmp_path: Path) -> None:
@@ -119,7 +127,7 @@ def test_no_uniform_gives_dashes_and_note(tmp_path: Path) -> None:
     md = render_markdown(board)
     assert "No uniform run in this group" in md
     row = next(line for line in md.splitlines() if line.startswith("| counterfactual"))
-    assert [c.strip() for c in row.split("|")[4:-1]] == ["—"] * 7
+    assert [c.strip() for c in row.split("|")[5:-1]] == ["—"] * 7
 
 
 def test_single_seed_uses_mcnemar_when_allowed(scenario: Path) -> None:
@@ -258,3 +266,59 @@ def test_publish_writes_index_and_includes_claims(scenario: Path, tmp_path: Path
     assert main(args) == 0
     index = (out / "README.md").read_text()
     assert "<!-- BEGIN _claims.md" in index and "| claim | reproduced? |" in index
+
+
+def _baseline_file(path: Path, *, task: str = "arith", ids: list[str], correct: list[int],
+                   task_params: dict | None = None) -> Path:
+    import json
+
+    path.write_text(json.dumps({
+        "task": task, "model": "smollm2-135m", "accuracy": sum(correct) / len(correct),
+        "n": len(ids), "ids": ids, "correct": correct,
+        "settings": {"seconds": 12.3, "task_params": task_params or {}},
+    }))
+    return path
+
+
+def test_baselines_are_shown_on_the_boards_of_their_task(
+    scenario: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The board's eval set is final.json's f0..f11. This baseline covers 6 of them (3 right)
+    # plus ids the board does not have, which must not count.
+    part = _baseline_file(tmp_path / "part.json", ids=[f"f{i}" for i in range(6)] + ["x1"],
+                          correct=[1, 1, 1, 0, 0, 0, 1])
+    other = _baseline_file(tmp_path / "gsm.json", task="gsm8k", ids=["f0"], correct=[1])
+    params = _baseline_file(tmp_path / "params.json", ids=["f0"], correct=[1],
+                            task_params={"n_steps": 3})
+    out = tmp_path / "lb"
+    argv = ["leaderboard", "--runs", str(scenario), "--out", str(out), "--no-plots",
+            "--bootstrap", "200"]
+    for path in (part, other, params):
+        argv += ["--baseline", str(path)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"baseline {other} is on no board: task gsm8k ≠ arith" in err
+    assert f"baseline {params} is on no board: task params {{'n_steps': 3}} ≠ {{}}" in err
+    md = (out / "arith-micro-arith-steps-4.md").read_text()
+    assert ("`smollm2-135m` before training: 50.0% on the board's problems (the 6 of the "
+            "board's 12 it has), lm-eval (`part.json`, 12 s)") in md
+    assert str(tmp_path) not in md  # file names only, never this machine's paths
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("{", "corrupt JSON"),
+    ('{"task": "arith", "accuracy": 0.5}', "needs 'task', 'ids' and 'correct'"),
+    ('{"task": "arith", "accuracy": 0.5, "ids": ["a"], "correct": [2]}', "0/1 values"),
+])
+def test_bad_baseline_file_exits_2(scenario: Path, tmp_path: Path, content: str | None,
+                                   message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "b.json"
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "lb"
+    assert main(["leaderboard", "--runs", str(scenario), "--out", str(out),
+                 "--baseline", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err and "Traceback" not in err
+    assert not out.exists()  # nothing half-written
