@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.evaluate import BACKENDS
 
 CHAT_CHOICES = {"auto": None, "on": True, "off": False}
 
@@ -39,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, metavar="N",
                    help="generation length (default: the task's)")
     p.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
+    p.add_argument("--backend", choices=BACKENDS, default="hf",
+                   help="lm-eval model backend: hf (default) or vllm (a CUDA GPU and vLLM; "
+                        "the model or checkpoint directory)")
     p.add_argument("--out", type=Path, metavar="FILE",
                    help="where to write the final.json-format result (--run default: "
                    "RUN_DIR/final.json; --model default: print only)")
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     if args.run:
         result = evaluate.evaluate_run(args.run, limit=args.limit, batch_size=args.batch_size,
-                                       verbose=args.verbose)
+                                       verbose=args.verbose, backend=args.backend)
         out = args.out or args.run / "final.json"
     else:
         from harness.models import load_model
@@ -93,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             loaded, task, limit=args.limit, chat=CHAT_CHOICES[args.chat],
             max_new_tokens=args.max_new_tokens, num_fewshot=args.num_fewshot,
             batch_size=args.batch_size, model_name=args.model, verbose=args.verbose,
+            backend=args.backend,
         )
         result.settings["task_params"] = params  # boards match a baseline on task + params
         out = args.out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from harness.lmeval_tasks import build_task_config, uses_chat
 from harness.types import Problem, Task
 
 DEFAULT_BATCH_SIZE = 8
+#: lm-eval model backends ``harness eval`` can use.
+BACKENDS = ("hf", "vllm")
 _QUIET_LOGGERS = ("lm_eval", "datasets", "transformers.generation")
 
 
@@ -106,6 +109,25 @@ def build_lm(model: Any, tokenizer: Any, batch_size: int = DEFAULT_BATCH_SIZE) -
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size))
 
 
+def build_vllm_lm(loaded: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
+    """lm-eval's ``vllm`` backend on the directory ``loaded`` was read from (vLLM loads the
+    weights itself, so an in-memory model cannot be used). Its tokenizer is the same
+    directory's and ``add_bos_token`` follows the tokenizer's default, as with ``hf``; the
+    share of GPU memory is ``$HARNESS_VLLM_GPU_MEMORY_UTILIZATION`` (default 0.8 here: nothing
+    else is on the GPU during a stand-alone evaluation)."""
+    from harness.vllm_engine import require_vllm
+
+    if loaded.path is None:
+        raise HarnessError(f"--backend vllm needs a model directory, but '{loaded.spec}' is "
+                           "built in memory; use --backend hf")
+    require_vllm()
+    from lm_eval.api.registry import get_model
+
+    share = float(os.environ.get("HARNESS_VLLM_GPU_MEMORY_UTILIZATION", "0.8"))
+    return get_model("vllm")(pretrained=str(loaded.path), tokenizer=str(loaded.path),
+                             batch_size=int(batch_size), gpu_memory_utilization=share, seed=0)
+
+
 def _json_safe(obj: Any) -> Any:
     from lm_eval.utils import handle_non_serializable
 
@@ -157,10 +179,13 @@ def _collect(results: dict[str, Any], name: str, problems: list[Problem]) -> tup
 def evaluate_problems(
     loaded: Any, task: Task, problems: list[Problem], *, chat: bool | None = None,
     max_new_tokens: int | None = None, num_fewshot: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
-    model_name: str = "", verbose: bool = False,
+    model_name: str = "", verbose: bool = False, backend: str = "hf",
 ) -> EvalResult:
     """Evaluate ``loaded`` (a LoadedModel: ``.model``, ``.tokenizer``) on exactly ``problems``
-    through lm-eval with the adapter's prompts, stops, length and scorer."""
+    through lm-eval with the adapter's prompts, stops, length and scorer; ``backend`` 'hf'
+    (the model object in memory) or 'vllm' (its directory, on a GPU)."""
+    if backend not in BACKENDS:
+        raise HarnessError(f"backend '{backend}': choose from {', '.join(BACKENDS)}")
     if not problems:
         raise HarnessError(f"task '{task.name}': nothing to evaluate (empty eval set)")
     tok = loaded.tokenizer
@@ -171,7 +196,8 @@ def evaluate_problems(
     chat_on = uses_chat(tok, chat)
     start = time.perf_counter()
     with quiet_lm_eval(verbose):
-        lm = build_lm(loaded.model, tok, batch_size)
+        lm = (build_lm(loaded.model, tok, batch_size) if backend == "hf"
+              else build_vllm_lm(loaded, batch_size))
     if max_new >= lm.max_length:  # lm-eval would fail an assert (no room for the prompt)
         raise HarnessError(f"max_new_tokens={max_new} does not fit the model's context of "
                            f"{lm.max_length} tokens; pass a smaller --max-new-tokens")
@@ -185,6 +211,7 @@ def evaluate_problems(
     settings = {
         "chat": chat_on, "prompt_format": config["metadata"]["prompt_format"],
         "max_new_tokens": max_new, "num_fewshot": num_fewshot, "batch_size": batch_size,
+        "backend": backend,
         "until": list(task.stop), "seconds": round(seconds, 3), "lm_eval_task": name,
         "data_files": config["dataset_kwargs"]["data_files"],
     }
@@ -274,7 +301,7 @@ def run_settings(run_dir: Path) -> dict[str, Any]:
 
 def evaluate_run(
     run_dir: Path, *, limit: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-    verbose: bool = False,
+    verbose: bool = False, backend: str = "hf",
 ) -> EvalResult:
     """Evaluate a run's final checkpoint (``runs/<id>/checkpoint``) with its task, task params,
     chat setting and generation length; ``limit`` None = the run's ``eval_n`` subset."""
@@ -293,7 +320,7 @@ def evaluate_run(
     result = evaluate_model(
         loaded, task, limit=n, chat=cfg.get("chat"), batch_size=batch_size,
         max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None, verbose=verbose,
-        model_name=f"{cfg.get('model', '?')}@{run_dir.name}",
+        model_name=f"{cfg.get('model', '?')}@{run_dir.name}", backend=backend,
     )
     result.settings.update(checkpoint=str(ckpt), task_params=cfg.get("task_params") or {})
     return result

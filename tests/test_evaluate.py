@@ -272,6 +272,60 @@ def test_cli_user_errors(argv: list[str], message: str,
     assert message in err and "Traceback" not in err
 
 
+# ----------------------------------------------------------------------------- vllm backend
+
+
+def test_vllm_backend_needs_a_directory_then_vllm(
+    varied: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(HarnessError, match="built in memory; use --backend hf"):
+        evaluate.evaluate_problems(varied, Toy(), Toy().load("test")[:2], backend="vllm")
+    with pytest.raises(HarnessError, match="backend 'sglang': choose from hf, vllm"):
+        evaluate.evaluate_problems(varied, Toy(), Toy().load("test")[:2], backend="sglang")
+    if "arith" not in TASKS:
+        pytest.skip("task arith not registered")
+    run_dir = _make_run(tmp_path, varied, "arith")
+    assert main(["eval", "--run", str(run_dir), "--backend", "vllm"]) == 2
+    err = capsys.readouterr().err
+    assert "vllm" in err and "Traceback" not in err  # not installed here / no GPU: one line
+    assert not (run_dir / "final.json").exists()
+
+
+def test_vllm_backend_builds_lm_eval_vllm_on_the_model_directory(
+    varied: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM cannot run here, so lm-eval's 'vllm' model class is replaced by one that records
+    its arguments and serves with lm-eval's hf backend from the same directory: the harness
+    side (which directory, which settings, the records) is what this checks."""
+    from lm_eval.api import registry
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.models import load_model
+
+    varied.model.save_pretrained(tmp_path / "m")
+    varied.tokenizer.save_pretrained(tmp_path / "m")
+    loaded = load_model(str(tmp_path / "m"))
+    seen: dict[str, object] = {}
+
+    def fake_vllm(pretrained: str, tokenizer: str, batch_size: int, **kw: object) -> HFLM:
+        seen.update(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size, **kw)
+        return HFLM(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size,
+                    device="cpu")
+
+    real_get_model = registry.get_model
+    monkeypatch.setattr("harness.vllm_engine.require_vllm", lambda: None)
+    monkeypatch.setattr(registry, "get_model",
+                        lambda name: fake_vllm if name == "vllm" else real_get_model(name))
+    monkeypatch.setenv("HARNESS_VLLM_GPU_MEMORY_UTILIZATION", "0.5")
+    problems = Toy().load("test")[:4]
+    got = evaluate.evaluate_problems(loaded, Toy(), problems, backend="vllm", batch_size=4)
+    assert seen == {"pretrained": str(tmp_path / "m"), "tokenizer": str(tmp_path / "m"),
+                    "batch_size": 4, "gpu_memory_utilization": 0.5, "seed": 0}
+    assert got.settings["backend"] == "vllm"
+    want = evaluate.evaluate_problems(loaded, Toy(), problems, batch_size=4)
+    assert (got.correct, got.completions) == (want.correct, want.completions)
+
+
 # ----------------------------------------------------------------------------- slow: SmolLM2
 
 
