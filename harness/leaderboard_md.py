@@ -110,7 +110,7 @@ def _start_desc(board: Board) -> str:
         value = (f"{_pct(s.mean)}%" if s.half_width is None or s.half_width == 0
                  else f"{_pct(s.mean)} ± {_pct(s.half_width)}%")
         start = (f"{value}, the step-0 in-loop eval (before any update; greedy) of the "
-                 f"{s.n} runs; gain = accuracy − this, in pp")
+                 f"{s.n} run{'' if s.n == 1 else 's'}; gain = accuracy − this, in pp")
     parts = [start]
     for b in board.baselines:
         rec = b.record

@@ -208,7 +208,7 @@ def test_final_eval_hook_writes_final_json(varied: LoadedModel, tmp_path: Path) 
     task = Toy()
     st = SimpleNamespace(
         policy=varied, task=task, eval_set=task.load("test")[:3], max_new_tokens=6, step=7,
-        run_dir=tmp_path, cfg=SimpleNamespace(chat=None, model="tiny-varied"),
+        run_dir=tmp_path, cfg=SimpleNamespace(chat=None, model="tiny-varied", task_params={}),
     )
     varied.model.train()
     rng = torch.get_rng_state()
