@@ -23,6 +23,9 @@ import threading
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from typing import ClassVar
+
+from harness.types import Problem, Task
 
 #: Text allowed between a marker and its number: spaces, ``:``, ``=``, markdown ``**``, ``$``,
 #: ``\$`` and ``\(``.
@@ -251,3 +254,26 @@ def strip_calculator_annotations(solution: str) -> str:
     '9 * 2 = $18 a day.\\n#### 18'
     """
     return re.sub(r"<<[^<>]*>>", "", solution)
+
+
+class MathTask(Task):
+    """A task whose completions end in a final number: extraction, scoring and the answer
+    region all come from :func:`find_answer` with the task's ``answer_order``."""
+
+    #: The extraction rules tried, in order ("hash", "boxed", "phrase").
+    answer_order: ClassVar[tuple[str, ...]] = ("hash",)
+
+    def extract(self, completion: str) -> AnswerMatch | None:
+        return find_answer(completion, self.answer_order)
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The canonical extracted answer ('33' for '\\boxed{033}'), or None."""
+        match = self.extract(completion)
+        return None if match is None else match.text
+
+    def score(self, problem: Problem, completion: str) -> float:
+        return float(answers_equal(self.extract(completion), problem.answer))
+
+    def answer_span(self, completion: str) -> tuple[int, int] | None:
+        match = self.extract(completion)
+        return None if match is None else (match.start, match.end)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from harness.data import data_file, iter_jsonl, require
 from harness.errors import HarnessError
 from harness.registries import register_task
-from harness.types import Problem, Task
-from tasks._math import AnswerMatch, answers_equal, find_answer
+from harness.types import Problem
+from tasks._math import MathTask
 
 YEARS = {"test": (2024, 2025), "train": (2022, 2023)}
 ORDER = ("boxed", "hash", "phrase")
@@ -26,10 +26,11 @@ INSTRUCTION = ("Solve the following problem. The answer is an integer from 0 to 
 
 
 @register_task("aime")
-class AIME(Task):
+class AIME(MathTask):
     """AIME 2024+2025 (test) and 2022+2023 (train), scored on the final \\boxed{} integer."""
 
     answer_marker = "\\boxed"
+    answer_order = ORDER
     stop = ("\n\nProblem:",)
     max_new_tokens = 2048  # AIME solutions are long; raise it for reasoning models
 
@@ -54,21 +55,6 @@ class AIME(Task):
         content = (f"{problem.question}\n\nPlease reason step by step, and put your final "
                    "answer (an integer from 0 to 999) within \\boxed{}.")
         return [{"role": "user", "content": content}]
-
-    def extract(self, completion: str) -> AnswerMatch | None:
-        return find_answer(completion, ORDER)
-
-    def extract_answer(self, completion: str) -> str | None:
-        """The canonical extracted answer ('33' for '\\boxed{033}'), or None."""
-        match = self.extract(completion)
-        return None if match is None else match.text
-
-    def score(self, problem: Problem, completion: str) -> float:
-        return float(answers_equal(self.extract(completion), problem.answer))
-
-    def answer_span(self, completion: str) -> tuple[int, int] | None:
-        match = self.extract(completion)
-        return None if match is None else (match.start, match.end)
 
 
 def _problem(row: dict, path: object, lineno: int) -> Problem:

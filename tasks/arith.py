@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 from harness.errors import HarnessError
 from harness.registries import register_task
-from harness.types import Problem, Task
-from tasks._math import AnswerMatch, answers_equal, find_answer
+from harness.types import Problem
+from tasks._math import MathTask
 
 # (name, subject, object pronoun) — a handful of each keeps the vocabulary small.
 PEOPLE = (("Tom", "he", "him"), ("Anna", "she", "her"), ("Sam", "he", "him"),
@@ -66,10 +66,11 @@ class _Item:
 
 
 @register_task("arith")
-class Arith(Task):
+class Arith(MathTask):
     """Synthetic multi-step arithmetic word problems (GSM8K format), deterministic by seed."""
 
     answer_marker = "####"
+    answer_order = ("hash",)  # arith answers only as #### N
     stop = ("Question:", "\n\n")
     # Reference traces take ≈ 15 + 30·n_steps tokens with the micro-arith tokenizer (n_steps=2:
     # mean 68, max 104 over both splits; SmolLM2's: mean 59, max 81); 64 + 40·n_steps leaves
@@ -190,20 +191,6 @@ class Arith(Task):
         content = (f"{problem.question}\n\nSolve it step by step, then write the final answer "
                    "on the last line as '#### <number>'.")
         return [{"role": "user", "content": content}]
-
-    def extract(self, completion: str) -> AnswerMatch | None:
-        return find_answer(completion, ("hash",))
-
-    def extract_answer(self, completion: str) -> str | None:
-        match = self.extract(completion)
-        return None if match is None else match.text
-
-    def score(self, problem: Problem, completion: str) -> float:
-        return float(answers_equal(self.extract(completion), problem.answer))
-
-    def answer_span(self, completion: str) -> tuple[int, int] | None:
-        match = self.extract(completion)
-        return None if match is None else (match.start, match.end)
 
 
 def _singular(text: str) -> str:

@@ -19,8 +19,8 @@ from __future__ import annotations
 from harness.data import data_file, iter_jsonl, require
 from harness.errors import HarnessError
 from harness.registries import register_task
-from harness.types import Problem, Task
-from tasks._math import AnswerMatch, answers_equal, find_answer, strip_calculator_annotations
+from harness.types import Problem
+from tasks._math import MathTask, strip_calculator_annotations
 
 SPLITS = ("train", "test")
 INSTRUCTION = "Solve the math problem step by step. End with the final answer as '#### <number>'."
@@ -28,10 +28,11 @@ ORDER = ("hash", "boxed", "phrase")
 
 
 @register_task("gsm8k")
-class GSM8K(Task):
+class GSM8K(MathTask):
     """GSM8K grade-school math word problems, scored on the final '#### N' answer."""
 
     answer_marker = "####"
+    answer_order = ORDER
     stop = ("Question:",)
     max_new_tokens = 512  # references: mean 93, max 342 SmolLM2 tokens; chat models say more
 
@@ -54,21 +55,6 @@ class GSM8K(Task):
         content = (f"{problem.question}\n\nSolve the problem step by step. On the last line, "
                    "write the final answer as '#### <number>'.")
         return [{"role": "user", "content": content}]
-
-    def extract(self, completion: str) -> AnswerMatch | None:
-        return find_answer(completion, ORDER)
-
-    def extract_answer(self, completion: str) -> str | None:
-        """The canonical extracted answer ('1000', '-3', '0.5'), or None."""
-        match = self.extract(completion)
-        return None if match is None else match.text
-
-    def score(self, problem: Problem, completion: str) -> float:
-        return float(answers_equal(self.extract(completion), problem.answer))
-
-    def answer_span(self, completion: str) -> tuple[int, int] | None:
-        match = self.extract(completion)
-        return None if match is None else (match.start, match.end)
 
 
 def _problem(row: dict, index: int, path: object, lineno: int) -> Problem:
