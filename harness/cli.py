@@ -12,6 +12,7 @@ import sys
 
 from harness import __version__
 from harness.errors import HarnessError
+from harness.progress import quiet_transformers
 
 # Subcommand modules, in the order ``--help`` lists them. A module that is not there yet is
 # skipped, so the CLI works while the project grows.
@@ -42,20 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_transformers() -> None:
-    """transformers prints a progress bar for every weight load and checkpoint write; ours
-    (rich) is the one that matters."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_transformers()
+    quiet_transformers()
     try:
         return int(args.func(args) or 0)
     except HarnessError as exc:

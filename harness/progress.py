@@ -11,6 +11,16 @@ from harness.config import RunConfig
 from harness.errors import HarnessError
 
 
+def quiet_transformers() -> None:
+    """transformers prints a progress bar for every weight load and checkpoint write; ours
+    (rich) is the one that matters. Called by the CLI and in every sweep worker."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 def _tensorboard(run_dir: Any) -> Callable[[int, dict[str, Any]], None]:
     try:
         from torch.utils.tensorboard import SummaryWriter

@@ -148,6 +148,9 @@ def run_in_worker(cfg: RunConfig, out: str, final_eval: bool, threads: int,
                   plugins: tuple[Plugin, ...] = ()) -> Outcome:
     """One sweep job in a fresh worker: import the plugins the config needs, then
     :func:`run_one`. Plugin import errors become a ``failed`` outcome, like any run error."""
+    from harness.progress import quiet_transformers
+
+    quiet_transformers()  # a fresh worker has not run the CLI's set-up
     try:
         import_plugins(plugins)
     except HarnessError as exc:
