@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.config import EVAL_BACKENDS
 from harness.errors import HarnessError
-from harness.evaluate import BACKENDS
 
 CHAT_CHOICES = {"auto": None, "on": True, "off": False}
 
@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, metavar="N",
                    help="generation length (default: the task's)")
     p.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
-    p.add_argument("--backend", choices=BACKENDS, default="hf",
+    p.add_argument("--backend", choices=EVAL_BACKENDS, default="hf",
                    help="lm-eval model backend: hf (default) or vllm (a CUDA GPU and vLLM; "
                         "the model or checkpoint directory)")
     p.add_argument("--out", type=Path, metavar="FILE",

@@ -16,6 +16,9 @@ from harness.errors import HarnessError
 BUDGET_KINDS = ("steps", "tokens", "flops", "seconds")
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_sum_norm")
 ADV_NORMS = ("std", "none")
+#: lm-eval model backends of ``harness eval`` (here, not in harness.evaluate, so the CLI can
+#: offer them without importing torch).
+EVAL_BACKENDS = ("hf", "vllm")
 
 
 def _check_choice(obj: object, name: str, allowed: tuple[str, ...]) -> None:

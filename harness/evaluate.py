@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import records
+from harness.config import EVAL_BACKENDS
 from harness.errors import HarnessError
 from harness.lmeval_tasks import build_task_config, uses_chat
 from harness.types import Problem, Task
 
 DEFAULT_BATCH_SIZE = 8
-#: lm-eval model backends ``harness eval`` can use.
-BACKENDS = ("hf", "vllm")
+BACKENDS = EVAL_BACKENDS
 _QUIET_LOGGERS = ("lm_eval", "datasets", "transformers.generation")
 
 
