@@ -50,18 +50,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _task_params(items: list[str]) -> dict[str, object]:
-    from harness.config import parse_value
-
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise HarnessError(f"--task-param {item!r}: expected KEY=VALUE")
-        out[key.strip()] = parse_value(value)
-    return out
-
-
 def _check(args: argparse.Namespace) -> None:
     if args.model and not args.task:
         raise HarnessError("--model needs --task (harness list tasks)")
@@ -87,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
                                        verbose=args.verbose, backend=args.backend)
         out = args.out or args.run / "final.json"
     else:
+        from harness.config import parse_sets
         from harness.models import load_model
         from harness.registries import get_task
 
-        params = _task_params(args.task_param)
+        params = parse_sets(args.task_param, flag="--task-param")
         task = get_task(args.task, **params)
         loaded = load_model(args.model)
         result = evaluate.evaluate_model(

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig, build_config, parse_value
+from harness.config import RunConfig, build_config, parse_sets
 from harness.errors import HarnessError
 from harness.registries import ENGINES, METHODS, TASKS, load_plugin
 
@@ -56,16 +56,6 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise HarnessError(f"{path}: expected a mapping of settings at the top level")
     return data
-
-
-def parse_sets(sets: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise HarnessError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = parse_value(value)
-    return out
 
 
 def config_from_args(args: argparse.Namespace, single: bool = True, **fixed: Any) -> RunConfig:

@@ -179,6 +179,18 @@ def _coerce(value: Any, target: Any, name: str) -> Any:
     return value
 
 
+def parse_sets(items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """``["a=1", "b.c=x"]`` → ``{"a": 1, "b.c": "x"}`` (values through :func:`parse_value`);
+    an item without ``=`` or a key is an error naming ``flag``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise HarnessError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
 def parse_value(text: str) -> Any:
     """Parse a ``--set`` value with YAML rules (numbers, true/false, lists)."""
     import yaml

@@ -35,7 +35,6 @@ from harness.lmeval_tasks import build_task_config, uses_chat
 from harness.types import Problem, Task
 
 DEFAULT_BATCH_SIZE = 8
-BACKENDS = EVAL_BACKENDS
 _QUIET_LOGGERS = ("lm_eval", "datasets", "transformers.generation")
 
 
@@ -184,8 +183,8 @@ def evaluate_problems(
     """Evaluate ``loaded`` (a LoadedModel: ``.model``, ``.tokenizer``) on exactly ``problems``
     through lm-eval with the adapter's prompts, stops, length and scorer; ``backend`` 'hf'
     (the model object in memory) or 'vllm' (its directory, on a GPU)."""
-    if backend not in BACKENDS:
-        raise HarnessError(f"backend '{backend}': choose from {', '.join(BACKENDS)}")
+    if backend not in EVAL_BACKENDS:
+        raise HarnessError(f"backend '{backend}': choose from {', '.join(EVAL_BACKENDS)}")
     if not problems:
         raise HarnessError(f"task '{task.name}': nothing to evaluate (empty eval set)")
     tok = loaded.tokenizer

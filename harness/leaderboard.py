@@ -318,7 +318,8 @@ def attach_baselines(boards: Sequence[Board], baselines: Sequence[BaselineRecord
     shown: dict[int, list[Baseline]] = {id(b): [] for b in boards}
     unused = []
     for rec in baselines:
-        reasons = []
+        by_id = dict(zip(rec.ids, rec.correct, strict=True))
+        reasons, placed = [], False
         for board in boards:
             if board.group.get("task") != rec.task:
                 reasons.append(f"task {rec.task} ≠ {board.group.get('task')}")
@@ -328,14 +329,14 @@ def attach_baselines(boards: Sequence[Board], baselines: Sequence[BaselineRecord
                                f"{dict(board.group.get('task_params') or {})}")
                 continue
             ids = board.eval_ids
-            by_id = dict(zip(rec.ids, rec.correct, strict=True))
             common = [by_id[i] for i in ids if i in by_id]
             if not common:
                 reasons.append(f"none of the {len(ids)} eval problems of board {board.slug}")
                 continue
             shown[id(board)].append(Baseline(rec, sum(common) / len(common), len(common),
                                              len(ids)))
-        if not any(b.record is rec for v in shown.values() for b in v):
+            placed = True
+        if not placed:
             unused.append((rec, "; ".join(sorted(set(reasons))) or "no board"))
     out = [dataclasses.replace(b, baselines=tuple(shown[id(b)])) for b in boards]
     return out, unused

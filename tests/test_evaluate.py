@@ -264,6 +264,8 @@ def test_cli_eval_run_and_model(varied: LoadedModel, tmp_path: Path,
     (["eval", "--run", "/nonexistent/run"], "not a run directory"),
     (["eval", "--run", "x", "--task", "arith"], "drop --task"),
     (["eval", "--model", "m", "--task", "arith", "--limit", "-1"], "--limit -1"),
+    (["eval", "--model", "m", "--task", "arith", "--task-param", "n_steps"],
+     "--task-param 'n_steps': expected KEY=VALUE"),
 ])
 def test_cli_user_errors(argv: list[str], message: str,
                          capsys: pytest.CaptureFixture[str]) -> None:
